@@ -1,0 +1,316 @@
+//! Test harness: our own `redis-server` on a free port, configs with
+//! millisecond timings, and polling with a deadline.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rand::Rng as _;
+use rebound::app::Context;
+use rebound::config::Config;
+use rebound::worker::Handlers;
+use tokio_util::sync::CancellationToken;
+
+/// A `redis-server` child on a free loopback port with its own data dir.
+/// AOF with `appendfsync always`, so a kill loses nothing that was acknowledged.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl RedisServer {
+    /// Starts a new server and waits until it answers PING.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/install-redis.sh)");
+        // A watchdog: if the test process dies without dropping us, the server goes too.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {} 2>/dev/null && kill -0 {} 2>/dev/null; do sleep 1; done; kill -9 {} 2>/dev/null",
+                std::process::id(),
+                child.id(),
+                child.id()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(c) = redis::Client::open(self.url()) {
+                if let Ok(mut conn) = c.get_connection() {
+                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: an outage, not a polite shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// A blocking connection for assertions.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One server shared by every test of this binary; tests isolate by prefix.
+pub fn shared_redis() -> &'static RedisServer {
+    static SHARED: OnceLock<RedisServer> = OnceLock::new();
+    SHARED.get_or_init(RedisServer::start)
+}
+
+/// A random prefix, so tests never see each other's keys.
+pub fn prefix() -> String {
+    let n: u64 = rand::rng().random();
+    format!("t{n:016x}")
+}
+
+/// A valid config with millisecond timings for `url` and a fresh prefix.
+pub fn test_config(url: &str) -> Config {
+    let text = format!(
+        r#"
+        prefix = "{prefix}"
+        [redis]
+        url = "{url}"
+        pool_size = 16
+        command_timeout = "1s"
+        [worker]
+        concurrency = 16
+        visibility_timeout = "1s"
+        job_timeout = "800ms"
+        shutdown_grace = "2s"
+        block = "100ms"
+        poll_interval = "10ms"
+        reclaim_interval = "100ms"
+        max_deliveries = 3
+        consumer_ttl = "1h"
+        queues = ["events", "emails", "webhooks"]
+        [resend]
+        timeout = "500ms"
+        [forward]
+        timeout = "500ms"
+        [retry]
+        job_delays = ["50ms", "100ms"]
+        job_max_attempts = 3
+        jitter = 0.0
+        "#,
+        prefix = prefix()
+    );
+    Config::from_toml(&text, &|_| None).expect("test config is valid")
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A worker role running in the background until `stop` (a graceful shutdown).
+pub struct RunningWorker {
+    pub token: CancellationToken,
+    pub handle: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWorker {
+    pub fn start(ctx: &Context, handlers: Handlers) -> Self {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(rebound::app::run_work(
+            ctx.clone(),
+            handlers,
+            None,
+            token.clone(),
+        ));
+        Self { token, handle }
+    }
+
+    /// SIGTERM-equivalent: cancel and wait for the drain.
+    pub async fn stop(self) {
+        self.token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.handle).await;
+    }
+}
+
+/// A worker in its own runtime, so it can "crash": dropping the runtime stops
+/// every one of its tasks at once, with nothing acknowledged.
+pub struct CrashableWorker {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl CrashableWorker {
+    pub fn start(cfg: Config, handlers: Handlers) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.spawn(async move {
+            let ctx = Context::new(cfg).expect("context");
+            rebound::app::run_work(ctx, handlers, None, CancellationToken::new()).await;
+        });
+        Self { rt: Some(rt) }
+    }
+
+    pub fn crash(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Counts calls per job id, for exactly-once / at-least-once assertions.
+#[derive(Default, Debug)]
+pub struct Calls {
+    pub by_id: std::sync::Mutex<std::collections::HashMap<String, Vec<(u32, Instant)>>>,
+}
+
+impl Calls {
+    pub fn record(&self, id: &str, attempt: u32) {
+        self.by_id
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_default()
+            .push((attempt, Instant::now()));
+    }
+    pub fn distinct(&self) -> usize {
+        self.by_id.lock().unwrap().len()
+    }
+    pub fn total(&self) -> usize {
+        self.by_id.lock().unwrap().values().map(Vec::len).sum()
+    }
+    pub fn of(&self, id: &str) -> Vec<(u32, Instant)> {
+        self.by_id
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+pub type SharedCalls = Arc<Calls>;
+
+/// A handler from a closure, for tests.
+pub struct FnHandler<F>(pub F);
+
+impl<F> rebound::worker::Handler for FnHandler<F>
+where
+    F: Fn(
+            rebound::queue::Job,
+        ) -> futures::future::BoxFuture<'static, Result<(), rebound::worker::JobError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn handle<'a>(
+        &'a self,
+        job: &'a rebound::queue::Job,
+    ) -> futures::future::BoxFuture<'a, Result<(), rebound::worker::JobError>> {
+        (self.0)(job.clone())
+    }
+}
+
+/// Handlers with one kind that records its calls and then behaves as `f` says.
+pub fn recording<F>(kind: &str, calls: SharedCalls, f: F) -> Handlers
+where
+    F: Fn(&rebound::queue::Job) -> Result<(), rebound::worker::JobError> + Send + Sync + 'static,
+{
+    let f = Arc::new(f);
+    let mut h = Handlers::new();
+    h.register(
+        kind,
+        Arc::new(FnHandler(move |job: rebound::queue::Job| {
+            let calls = calls.clone();
+            let f = f.clone();
+            Box::pin(async move {
+                calls.record(&job.id, job.attempt);
+                f(&job)
+            }) as futures::future::BoxFuture<'static, _>
+        })),
+    );
+    h
+}
