@@ -16,6 +16,7 @@ use warp::Filter as _;
 
 use crate::cli::{Cli, Command, DlqCommand};
 use crate::config::Config;
+use crate::ingress::{self, Ingress};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, RedisPools};
@@ -127,7 +128,55 @@ pub async fn run_work(
 
 /// `/metrics`, `/healthz` and `/readyz` alone, for processes without the ingress.
 pub async fn serve_metrics(ctx: Context, listener: TcpListener, shutdown: CancellationToken) {
-    crate::http::serve(ops_routes(ctx), listener, shutdown).await;
+    let routes = ops_routes(ctx)
+        .map(warp::Reply::into_response)
+        .recover(ingress::recover)
+        .unify()
+        .boxed();
+    crate::http::serve(routes, listener, shutdown).await;
+}
+
+/// Every HTTP route of the `serve` role.
+///
+/// # Errors
+/// The ingress refuses to start (no webhook secret, a bad secret).
+pub fn serve_routes(
+    ctx: &Context,
+) -> Result<warp::filters::BoxedFilter<(warp::reply::Response,)>, ingress::StartError> {
+    let ingress = Ingress::new(ctx.clone())?;
+    Ok(ingress::webhook_routes(ingress)
+        .or(ingress::dead_letter_routes(ctx.clone()))
+        .unify()
+        .or(ops_routes(ctx.clone()).map(warp::Reply::into_response))
+        .unify()
+        .recover(ingress::recover)
+        .unify()
+        .boxed())
+}
+
+/// The serve role: ingress, admin API and `/metrics` on `listener` until `shutdown`.
+///
+/// # Errors
+/// The ingress refuses to start.
+pub async fn run_serve(
+    ctx: Context,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let routes = serve_routes(&ctx)?;
+    crate::http::serve(routes, listener, shutdown).await;
+    Ok(())
+}
+
+/// Samples the queue gauges of this process (one sampler per process).
+pub fn start_sampler(ctx: &Context, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(crate::metrics::sampler(
+        ctx.queue.clone(),
+        ctx.cfg.worker.queues.clone(),
+        ctx.metrics.clone(),
+        Duration::from_secs(5),
+        shutdown,
+    ))
 }
 
 /// The operational routes every role serves.
@@ -191,16 +240,44 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(metrics = %ctx.cfg.worker.metrics_listen, "rebound work");
             let token = CancellationToken::new();
             shutdown::on_signal(token.clone());
+            let sampler = start_sampler(&ctx, token.clone());
             let handlers = handlers(&ctx);
             run_work(ctx, handlers, Some(listener), token).await;
+            let _ = sampler.await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Up { sandbox } => {
-            let _ = sandbox;
+            if sandbox {
+                return not_available("rebound up --sandbox", "issue #4 (email loop and sandbox)");
+            }
             let _redis = redis_server::ensure_local(&mut cfg).await?;
-            not_available("rebound up", "issue #3 (webhook ingress)")
+            warn_risky(&cfg);
+            let ctx = Context::connect(cfg).await?;
+            let routes = serve_routes(&ctx)?;
+            let listener = bind(&ctx.cfg.ingress.listen, "ingress.listen").await?;
+            tracing::info!(listen = %ctx.cfg.ingress.listen, "rebound up: ingress, workers, scheduler, reclaimer and /metrics in one process");
+            let token = CancellationToken::new();
+            shutdown::on_signal(token.clone());
+            let sampler = start_sampler(&ctx, token.clone());
+            let server = tokio::spawn(crate::http::serve(routes, listener, token.clone()));
+            run_work(ctx.clone(), handlers(&ctx), None, token).await;
+            let _ = server.await;
+            let _ = sampler.await;
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => not_available("rebound serve", "issue #3 (webhook ingress)"),
+        Command::Serve => {
+            warn_risky(&cfg);
+            let ctx = Context::connect(cfg).await?;
+            let routes = serve_routes(&ctx)?;
+            let listener = bind(&ctx.cfg.ingress.listen, "ingress.listen").await?;
+            tracing::info!(listen = %ctx.cfg.ingress.listen, "rebound serve");
+            let token = CancellationToken::new();
+            shutdown::on_signal(token.clone());
+            let sampler = start_sampler(&ctx, token.clone());
+            crate::http::serve(routes, listener, token).await;
+            let _ = sampler.await;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stats { json } => {
             let ctx = Context::connect(cfg).await?;
             let stats = ctx.queue.stats(&ctx.cfg.worker.queues).await?;

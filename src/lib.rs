@@ -10,6 +10,7 @@
 //! - [`cli`]: the command line (clap types only).
 //! - [`app`]: composes the roles (`up`, `serve`, `work`) and runs commands.
 //! - [`config`]: defaults, file, environment, validation, secret masking.
+//! - [`ingress`]: signed webhooks in (Svix verification), admin API, error mapping.
 //! - [`keys`]: every Redis key, derived from the prefix.
 //! - [`queue`]: streams, retry set, dead letters; one Lua script per atomic step.
 //! - [`worker`]: consumer-group worker, acknowledgement batching, reclaim, drain.
@@ -27,6 +28,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod ingress;
 pub mod keys;
 pub mod metrics;
 pub mod queue;

@@ -104,6 +104,9 @@ pub struct Job {
     /// Error of the previous attempt, for logs and dead letters.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Where the job came from (`resend`, an `[[ingress.sources]]` name, `api`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl Job {
@@ -118,6 +121,7 @@ impl Job {
             enqueued_at: now_ms(),
             payload,
             last_error: None,
+            source: None,
         }
     }
 
@@ -437,6 +441,33 @@ impl Queue {
         let mut c = self.conn().await?;
         let () = pipe.query_async(&mut *c).await?;
         Ok(())
+    }
+
+    /// Appends `job` unless `dedupe_key` was seen within `ttl`; returns
+    /// whether it was new. One atomic call: the event is either recorded and
+    /// queued, or neither.
+    ///
+    /// # Errors
+    /// Redis is unreachable or the envelope cannot be encoded.
+    pub async fn ingest(
+        &self,
+        dedupe_key: &str,
+        ttl: Duration,
+        job: &Job,
+    ) -> Result<bool, QueueError> {
+        let body = serde_json::to_string(job)?;
+        let mut c = self.conn().await?;
+        let (new, _): (i64, String) = self
+            .scripts
+            .ingest
+            .key(dedupe_key)
+            .key(self.keys.stream(&job.queue))
+            .arg(ttl.as_secs().max(1))
+            .arg(body)
+            .arg(&job.id)
+            .invoke_async(&mut *c)
+            .await?;
+        Ok(new == 1)
     }
 
     /// Puts `job` in the retry set to run at `due_ms` (a delayed job).

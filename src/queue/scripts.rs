@@ -21,6 +21,8 @@ pub struct Scripts {
     pub reclaim: Script,
     /// Dead letter back onto its stream.
     pub replay: Script,
+    /// Webhook dedupe + append.
+    pub ingest: Script,
 }
 
 impl Scripts {
@@ -33,6 +35,7 @@ impl Scripts {
             promote: Script::new(include_str!("lua/promote.lua")),
             reclaim: Script::new(include_str!("lua/reclaim.lua")),
             replay: Script::new(include_str!("lua/replay.lua")),
+            ingest: Script::new(include_str!("lua/ingest.lua")),
         }
     }
 }

@@ -1,4 +1,5 @@
 //! Integration tests: real `redis-server`, real HTTP on loopback.
 
+mod ingress;
 mod queue;
 mod utils;

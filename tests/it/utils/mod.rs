@@ -314,3 +314,107 @@ where
     );
     h
 }
+
+/// Test secrets: the published Svix vector secrets (valid `whsec_`).
+pub const SECRET_A: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+pub const SECRET_B: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const API_KEY: &str = "test-api-key";
+
+/// A running `serve` role on a free port.
+pub struct Served {
+    pub base: String,
+    pub ctx: Context,
+    pub token: CancellationToken,
+}
+
+impl Served {
+    pub async fn start(mut cfg: Config) -> Self {
+        if cfg.ingress.webhook_secrets.is_empty() && !cfg.ingress.allow_unsigned {
+            cfg.ingress.webhook_secrets = vec![
+                rebound::config::Secret::new(SECRET_A),
+                rebound::config::Secret::new(SECRET_B),
+            ];
+        }
+        if cfg.ingress.api_key.is_empty() {
+            cfg.ingress.api_key = rebound::config::Secret::new(API_KEY);
+        }
+        let ctx = Context::new(cfg).expect("context");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let token = CancellationToken::new();
+        let routes = rebound::app::serve_routes(&ctx).expect("routes");
+        tokio::spawn(rebound::http::serve(routes, listener, token.clone()));
+        Self { base, ctx, token }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Signs like Svix (our signer is checked against the official library's vectors).
+pub fn svix_headers(secret: &str, id: &str, body: &str) -> Vec<(String, String)> {
+    let key = rebound::config::decode_whsec(secret).expect("secret");
+    let ts = rebound::ingress::signature::now_secs();
+    vec![
+        ("svix-id".into(), id.into()),
+        ("svix-timestamp".into(), ts.to_string()),
+        (
+            "svix-signature".into(),
+            rebound::ingress::signature::sign(&key, id, ts, body.as_bytes()),
+        ),
+    ]
+}
+
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut req = client.post(url).body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let json = resp
+        .json::<serde_json::Value>()
+        .await
+        .unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+pub fn bounced_event(email_id: &str) -> String {
+    serde_json::json!({
+        "type": "email.bounced",
+        "created_at": "2026-11-22T23:41:12.126Z",
+        "data": {
+            "email_id": email_id,
+            "created_at": "2026-11-22T23:41:11.894Z",
+            "from": "Acme <onboarding@resend.dev>",
+            "to": ["bounced@resend.dev"],
+            "subject": "Verify your email",
+            "bounce": {"message": "mailbox does not exist", "subType": "General", "type": "Permanent"},
+            "tags": {"category": "verification"}
+        }
+    })
+    .to_string()
+}
+
+/// Entries of a stream as parsed envelopes.
+pub fn stream_jobs(r: &RedisServer, key: &str) -> Vec<rebound::queue::Job> {
+    let v: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(&mut r.conn())
+        .expect("xrange");
+    v.into_iter()
+        .map(|(_, f)| serde_json::from_str(&f["job"]).expect("envelope"))
+        .collect()
+}
