@@ -418,7 +418,10 @@ fn parse_event(body: &[u8], need_type: bool) -> Result<serde_json::Value, Ingres
     if !v.is_object() {
         return Err(IngressError::Malformed("body must be a JSON object".into()));
     }
-    let has_type = v.get("type").and_then(|t| t.as_str()).is_some_and(|s| !s.is_empty());
+    let has_type = v
+        .get("type")
+        .and_then(|t| t.as_str())
+        .is_some_and(|s| !s.is_empty());
     if need_type && !has_type {
         return Err(IngressError::Malformed("event has no `type`".into()));
     }

@@ -128,7 +128,8 @@ async fn every_bad_request_gets_its_status_and_a_json_error() {
     };
     let not_json = "this is not json";
     let no_type = r#"{"data":{"email_id":"x"}}"#;
-    let cases: Vec<(&str, Vec<(String, String)>, String, u16, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(String, String)>, String, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             "no id",
             without("svix-id"),
@@ -473,7 +474,7 @@ async fn without_a_secret_the_ingress_refuses_to_start_unless_unsigned_is_allowe
     let r = shared_redis();
     let cfg = test_config(&r.url());
     let ctx = rebound::app::Context::new(cfg.clone()).unwrap();
-    let err = rebound::app::serve_routes(&ctx).err().expect("refused");
+    let err = rebound::app::serve_routes(&ctx).expect_err("refused");
     assert!(err.to_string().contains("RESEND_WEBHOOK_SECRET"), "{err}");
     let mut open = cfg;
     open.ingress.allow_unsigned = true;
