@@ -17,8 +17,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{run_work, Context};
-use crate::cli::{BenchCommand, BenchMode, BenchQueueArgs};
-use crate::config::Config;
+use crate::cli::{BenchCommand, BenchIngressArgs, BenchMode, BenchQueueArgs};
+use crate::config::{decode_whsec, Config, Secret};
+use crate::ingress::signature::{now_secs, sign};
 use crate::queue::{now_ms, Job};
 use crate::worker::{Handler, Handlers, JobError};
 
@@ -36,9 +37,10 @@ pub async fn run(cfg: Config, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             println!("{out}");
             Ok(ExitCode::SUCCESS)
         }
-        BenchCommand::Ingress(_) => {
-            eprintln!("rebound bench ingress: not available yet (arrives with issue #3)");
-            Ok(ExitCode::from(2))
+        BenchCommand::Ingress(args) => {
+            let out = ingress(cfg, &args).await?;
+            println!("{out}");
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -234,6 +236,166 @@ async fn queue(mut cfg: Config, a: &BenchQueueArgs) -> anyhow::Result<serde_json
     Ok(result)
 }
 
+/// Posts `requests` distinct signed Resend events with `concurrency`
+/// keep-alive connections. Without `--url` the ingress runs in this process
+/// on a free port under a fresh prefix (and a generated secret), so the
+/// figure includes verification, the Lua dedupe + XADD and the HTTP stack,
+/// with the load generator sharing the machine.
+async fn ingress(mut cfg: Config, a: &BenchIngressArgs) -> anyhow::Result<serde_json::Value> {
+    anyhow::ensure!(a.requests > 0, "--requests must be at least 1");
+    anyhow::ensure!(
+        a.concurrency > 0 && a.concurrency <= 4096,
+        "--concurrency must be between 1 and 4096"
+    );
+    let token = CancellationToken::new();
+    let (url, secret, ctx) = match &a.url {
+        Some(url) => {
+            let secret = cfg
+                .ingress
+                .webhook_secrets
+                .first()
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--url needs the ingress's secret: set RESEND_WEBHOOK_SECRET")
+                })?;
+            let ctx = Context::connect(cfg).await?;
+            (
+                format!("{}/webhooks/resend", url.trim_end_matches('/')),
+                secret,
+                ctx,
+            )
+        }
+        None => {
+            let tag: u32 = rand::rng().random();
+            cfg.prefix = format!("{}:bench:{tag:08x}", cfg.prefix);
+            let key: [u8; 24] = rand::rng().random();
+            use base64::Engine as _;
+            let secret = Secret::new(format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            ));
+            cfg.ingress.webhook_secrets = vec![secret.clone()];
+            cfg.redis.pool_size = cfg.redis.pool_size.max(a.concurrency.min(256));
+            let ctx = Context::connect(cfg).await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}/webhooks/resend", listener.local_addr()?);
+            let routes = crate::app::serve_routes(&ctx)?;
+            tokio::spawn(crate::http::serve(routes, listener, token.clone()));
+            (url, secret, ctx)
+        }
+    };
+    let key = decode_whsec(secret.expose()).map_err(|e| anyhow::anyhow!(e))?;
+    let stream = ctx.queue.keys().stream(crate::queue::EVENTS);
+    let before: u64 = {
+        let mut c = ctx.queue.redis().conn().await?;
+        c.xlen(&stream).await?
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.concurrency)
+        .http1_only()
+        .build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let run_tag: u64 = rand::rng().random();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..a.concurrency)
+        .map(|_| {
+            let client = client.clone();
+            let next = next.clone();
+            let key = key.clone();
+            let url = url.clone();
+            let total = a.requests;
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0usize;
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        break;
+                    }
+                    let id = format!("msg_bench_{run_tag:016x}_{n}");
+                    let body = format!(
+                        r#"{{"type":"email.delivered","created_at":"2026-11-22T23:41:12.126Z","data":{{"email_id":"{n}","to":["delivered@resend.dev"],"subject":"bench"}}}}"#
+                    );
+                    let ts = now_secs();
+                    let sig = sign(&key, &id, ts, body.as_bytes());
+                    let t0 = Instant::now();
+                    let r = client
+                        .post(&url)
+                        .header("svix-id", &id)
+                        .header("svix-timestamp", ts.to_string())
+                        .header("svix-signature", sig)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(resp) if resp.status().as_u16() == 200 => {
+                            let _ = resp.bytes().await;
+                        }
+                        Ok(resp) => {
+                            errors += 1;
+                            let _ = resp.bytes().await;
+                        }
+                        Err(_) => errors += 1,
+                    }
+                    lat.push(t0.elapsed().as_micros() as u64);
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut lat = Vec::with_capacity(a.requests);
+    let mut errors = 0;
+    for w in workers {
+        let (l, e) = w.await?;
+        lat.extend(l);
+        errors += e;
+    }
+    let took = started.elapsed();
+    let after: u64 = {
+        let mut c = ctx.queue.redis().conn().await?;
+        c.xlen(&stream).await?
+    };
+    token.cancel();
+    lat.sort_unstable();
+    let out = serde_json::json!({
+        "bench": "ingress",
+        "requests": a.requests,
+        "concurrency": a.concurrency,
+        "requests_per_sec": rate(a.requests, took),
+        "p50_ms": round3(pct(&lat, 0.50)),
+        "p99_ms": round3(pct(&lat, 0.99)),
+        "max_ms": round3(pct(&lat, 1.0)),
+        "non_200": errors,
+        "stream_entries_added": after.saturating_sub(before),
+        "peak_rss_mib": round3(peak_rss_mib()),
+    });
+    if a.url.is_none() {
+        let mut c = ctx.queue.redis().conn().await?;
+        let _: Result<i64, _> = c.del(&stream).await;
+        // Dedupe keys expire on their own; delete them now so a bench leaves nothing.
+        let mut cursor: u64 = 0;
+        loop {
+            let (next_cursor, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:seen:*", ctx.queue.keys().prefix()))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await?;
+            if !keys.is_empty() {
+                let _: i64 = c.del(&keys).await?;
+            }
+            if next_cursor == 0 {
+                break;
+            }
+            cursor = next_cursor;
+        }
+    }
+    Ok(out)
+}
+
 fn rate(n: usize, d: Duration) -> f64 {
     (n as f64 / d.as_secs_f64().max(1e-9)).round()
 }
@@ -244,7 +406,7 @@ fn round3(x: f64) -> f64 {
 
 async fn cleanup(ctx: &Context) {
     let k = ctx.queue.keys();
-    if let Ok(mut c) = ctx.queue.redis().pool.get().await {
+    if let Ok(mut c) = ctx.queue.redis().conn().await {
         let _: Result<i64, _> = c.del(&[k.stream(QUEUE), k.retry(), k.dead()]).await;
     }
 }

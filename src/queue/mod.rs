@@ -18,6 +18,7 @@
 //! acknowledges it. So at every instant a job is in exactly one place:
 //! a stream (maybe pending), the retry set, or the dead letters.
 
+mod conn;
 mod scripts;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use redis::streams::{StreamId, StreamReadReply};
 use redis::{AsyncCommands, Value};
 use serde::{Deserialize, Serialize};
 
+pub use self::conn::Conn;
 pub use self::scripts::Scripts;
 use crate::config::Config;
 use crate::keys::{Keys, GROUP};
@@ -163,6 +165,7 @@ pub struct RedisPools {
     pub pool: Pool,
     /// `XREADGROUP BLOCK`; the timeout is the block time plus the command timeout.
     pub blocking: Pool,
+    shared: conn::Shared,
 }
 
 impl RedisPools {
@@ -193,7 +196,16 @@ impl RedisPools {
                 cfg.worker.block + timeout,
                 cfg.worker.queues.len().max(1) * 2 + 2,
             )?,
+            shared: conn::Shared::new(),
         })
+    }
+
+    /// A shared multiplexed connection for short commands (no checkout round trip).
+    ///
+    /// # Errors
+    /// No connection can be made.
+    pub async fn conn(&self) -> Result<Conn, QueueError> {
+        Ok(self.shared.get(&self.pool).await?)
     }
 
     /// Fails unless Redis answers PING; used at startup and by `/readyz`.
@@ -201,8 +213,8 @@ impl RedisPools {
     /// # Errors
     /// Redis is unreachable.
     pub async fn ping(&self) -> Result<(), QueueError> {
-        let mut c = self.pool.get().await?;
-        let _: String = redis::cmd("PING").query_async(&mut *c).await?;
+        let mut c = self.conn().await?;
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
         Ok(())
     }
 }
@@ -381,8 +393,8 @@ impl Queue {
         &self.redis
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
-        Ok(self.redis.pool.get().await?)
+    async fn conn(&self) -> Result<Conn, QueueError> {
+        self.redis.conn().await
     }
 
     /// Creates the group of `queue` (and the stream) unless it exists. New
@@ -398,7 +410,7 @@ impl Queue {
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await;
         match r {
             Ok(()) => Ok(()),
@@ -439,7 +451,7 @@ impl Queue {
             .ignore();
         }
         let mut c = self.conn().await?;
-        let () = pipe.query_async(&mut *c).await?;
+        let () = pipe.query_async(&mut c).await?;
         Ok(())
     }
 
@@ -465,7 +477,7 @@ impl Queue {
             .arg(ttl.as_secs().max(1))
             .arg(body)
             .arg(&job.id)
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         Ok(new == 1)
     }
@@ -492,7 +504,7 @@ impl Queue {
             pipe.zadd(self.keys.retry(), &job.id, due_ms).ignore();
         }
         let mut c = self.conn().await?;
-        let () = pipe.query_async(&mut *c).await?;
+        let () = pipe.query_async(&mut c).await?;
         Ok(())
     }
 
@@ -510,7 +522,7 @@ impl Queue {
             inv.arg(id);
         }
         let mut c = self.conn().await?;
-        Ok(inv.invoke_async(&mut *c).await?)
+        Ok(inv.invoke_async(&mut c).await?)
     }
 
     /// Stores `job` (already updated for its next attempt) in the retry set
@@ -541,7 +553,7 @@ impl Queue {
             .arg(body)
             .arg(due_ms)
             .arg(&job.id)
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         Ok(())
     }
@@ -577,7 +589,7 @@ impl Queue {
             .arg(error)
             .arg(attempts)
             .arg(now_rfc3339())
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         Ok(id)
     }
@@ -651,7 +663,7 @@ impl Queue {
             .arg(batch)
             .arg(self.keys.base())
             .arg(now_rfc3339())
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         Ok(Promoted {
             moved,
@@ -700,7 +712,7 @@ impl Queue {
             .arg(max_deliveries)
             .arg(queue)
             .arg(now_rfc3339())
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await;
         match r {
             Ok((cursor, entries, poisoned)) => Ok(Reclaimed {
@@ -739,7 +751,7 @@ impl Queue {
             .arg("CONSUMERS")
             .arg(&stream)
             .arg(GROUP)
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await;
         let infos = match infos {
             Ok(i) => i,
@@ -759,7 +771,7 @@ impl Queue {
                 .arg(&stream)
                 .arg(GROUP)
                 .arg(&name)
-                .query_async(&mut *c)
+                .query_async(&mut c)
                 .await?;
             removed.push(name);
         }
@@ -779,7 +791,7 @@ impl Queue {
             let summary: Result<Value, _> = redis::cmd("XPENDING")
                 .arg(&stream)
                 .arg(GROUP)
-                .query_async(&mut *c)
+                .query_async(&mut c)
                 .await;
             let (pending, oldest_id) = match summary {
                 Ok(Value::Array(v)) if !v.is_empty() => {
@@ -791,7 +803,7 @@ impl Queue {
                 .arg("CONSUMERS")
                 .arg(&stream)
                 .arg(GROUP)
-                .query_async::<Vec<Value>>(&mut *c)
+                .query_async::<Vec<Value>>(&mut c)
                 .await
             {
                 Ok(v) => v.len() as u64,
@@ -840,7 +852,7 @@ impl Queue {
                 .arg("+")
                 .arg("COUNT")
                 .arg(500)
-                .query_async(&mut *c)
+                .query_async(&mut c)
                 .await?;
             let done = page.len() < 500;
             for (id, fields) in page {
@@ -869,7 +881,7 @@ impl Queue {
             .arg(self.keys.dead())
             .arg(id)
             .arg(id)
-            .query_async(&mut *c)
+            .query_async(&mut c)
             .await
             .map_err(|e| {
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) {
@@ -909,7 +921,7 @@ impl Queue {
             .key(self.keys.stream(&job.queue))
             .arg(id)
             .arg(body)
-            .invoke_async(&mut *c)
+            .invoke_async(&mut c)
             .await?;
         match r {
             Some(_) => Ok(job),
