@@ -14,8 +14,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::Filter as _;
 
-use crate::cli::{Cli, Command, DlqCommand};
+use crate::cli::{Cli, Command, DlqCommand, SuppressionCommand};
 use crate::config::Config;
+use crate::email::{self, EmailService};
 use crate::ingress::{self, Ingress};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
@@ -89,8 +90,32 @@ pub async fn bind(addr: &str, setting: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// The handlers of every job kind rebound knows.
-pub fn handlers(_ctx: &Context) -> Handlers {
-    Handlers::new()
+///
+/// # Errors
+/// The Resend client cannot be built.
+pub fn handlers(ctx: &Context) -> anyhow::Result<Handlers> {
+    let email = Arc::new(EmailService::new(ctx.clone())?);
+    let mut h = Handlers::new();
+    h.register(email::SEND, Arc::new(email::SendHandler(email.clone())));
+    h.register(ingress::RESEND_EVENT, Arc::new(email::EventHandler(email)));
+    // Events from other senders are only forwarded; forwarding (#6) registers
+    // its fan-out here. Until then they are acknowledged once stored.
+    h.register(ingress::SOURCE_EVENT, Arc::new(Accept));
+    Ok(h)
+}
+
+/// Acknowledges a job: the event is durably recorded in the stream history
+/// and counted at the ingress, and nothing else consumes it yet.
+#[derive(Debug)]
+struct Accept;
+
+impl crate::worker::Handler for Accept {
+    fn handle<'a>(
+        &'a self,
+        _job: &'a crate::queue::Job,
+    ) -> futures::future::BoxFuture<'a, Result<(), crate::worker::JobError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The worker role: consumer-group worker, scheduler, gauge sampler and a
@@ -144,8 +169,13 @@ pub fn serve_routes(
     ctx: &Context,
 ) -> Result<warp::filters::BoxedFilter<(warp::reply::Response,)>, ingress::StartError> {
     let ingress = Ingress::new(ctx.clone())?;
+    let email = Arc::new(
+        EmailService::new(ctx.clone()).map_err(|e| ingress::StartError::Email(e.to_string()))?,
+    );
     Ok(ingress::webhook_routes(ingress)
         .or(ingress::dead_letter_routes(ctx.clone()))
+        .unify()
+        .or(ingress::emails::routes(ctx.clone(), email))
         .unify()
         .or(ops_routes(ctx.clone()).map(warp::Reply::into_response))
         .unify()
@@ -241,28 +271,38 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let token = CancellationToken::new();
             shutdown::on_signal(token.clone());
             let sampler = start_sampler(&ctx, token.clone());
-            let handlers = handlers(&ctx);
+            let handlers = handlers(&ctx)?;
             run_work(ctx, handlers, Some(listener), token).await;
             let _ = sampler.await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Up { sandbox } => {
-            if sandbox {
-                return not_available("rebound up --sandbox", "issue #4 (email loop and sandbox)");
-            }
             let _redis = redis_server::ensure_local(&mut cfg).await?;
+            let token = CancellationToken::new();
+            let mut sandbox_task = None;
+            if sandbox {
+                let listener = prepare_sandbox(&mut cfg).await?;
+                let opts = crate::sandbox::SandboxOptions::from_config(&cfg)?;
+                sandbox_task = Some(tokio::spawn(crate::sandbox::run(
+                    opts,
+                    listener,
+                    token.clone(),
+                )));
+            }
             warn_risky(&cfg);
             let ctx = Context::connect(cfg).await?;
             let routes = serve_routes(&ctx)?;
             let listener = bind(&ctx.cfg.ingress.listen, "ingress.listen").await?;
             tracing::info!(listen = %ctx.cfg.ingress.listen, "rebound up: ingress, workers, scheduler, reclaimer and /metrics in one process");
-            let token = CancellationToken::new();
             shutdown::on_signal(token.clone());
             let sampler = start_sampler(&ctx, token.clone());
             let server = tokio::spawn(crate::http::serve(routes, listener, token.clone()));
-            run_work(ctx.clone(), handlers(&ctx), None, token).await;
+            run_work(ctx.clone(), handlers(&ctx)?, None, token).await;
             let _ = server.await;
             let _ = sampler.await;
+            if let Some(t) = sandbox_task {
+                let _ = t.await;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
@@ -307,13 +347,108 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let ctx = Context::connect(cfg).await?;
             dlq(&ctx, cmd).await
         }
-        Command::Suppression(_) => not_available("rebound suppression", "issue #4 (email loop)"),
+        Command::Suppression(cmd) => {
+            let ctx = Context::connect(cfg).await?;
+            suppression(&ctx, cmd).await
+        }
         Command::Subscriptions(_) => {
             not_available("rebound subscriptions", "issue #6 (forwarding)")
         }
-        Command::Sandbox => not_available("rebound sandbox", "issue #4 (email loop)"),
+        Command::Sandbox => {
+            let generated = ensure_webhook_secret(&mut cfg);
+            let opts = crate::sandbox::SandboxOptions::from_config(&cfg)?;
+            let listener = bind(&cfg.sandbox.listen, "sandbox.listen").await?;
+            if generated {
+                eprintln!("no webhook secret configured; signing with a generated one. Start the ingress with RESEND_WEBHOOK_SECRET={}", opts.webhook_secret);
+            }
+            tracing::info!(listen = %cfg.sandbox.listen, webhook_url = %opts.webhook_url, "Resend emulator running; point RESEND_API_URL at http://{}", cfg.sandbox.listen);
+            let token = CancellationToken::new();
+            shutdown::on_signal(token.clone());
+            crate::sandbox::run(opts, listener, token).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(b) => bench::run(cfg, b).await,
     }
+}
+
+/// Generates a webhook secret when none is configured; returns whether it did.
+fn ensure_webhook_secret(cfg: &mut Config) -> bool {
+    if !cfg.ingress.webhook_secrets.is_empty() || !cfg.sandbox.webhook_secret.is_empty() {
+        return false;
+    }
+    use base64::Engine as _;
+    use rand::Rng as _;
+    let key: [u8; 32] = rand::rng().random();
+    let secret = crate::config::Secret::new(format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    ));
+    cfg.ingress.webhook_secrets = vec![secret];
+    true
+}
+
+/// Points `cfg` at a local Resend emulator (and binds its listener) for
+/// `up --sandbox`: the API URL, a placeholder key and sender, a shared
+/// generated webhook secret, and a development API key when none is set.
+async fn prepare_sandbox(cfg: &mut Config) -> anyhow::Result<TcpListener> {
+    let listener = bind(&cfg.sandbox.listen, "sandbox.listen").await?;
+    cfg.resend.api_url = format!("http://{}", cfg.sandbox.listen);
+    if cfg.resend.api_key.is_empty() {
+        cfg.resend.api_key = crate::config::Secret::new("re_sandbox");
+    }
+    if cfg.resend.from.is_empty() {
+        cfg.resend.from = "Acme <onboarding@resend.dev>".into();
+    }
+    ensure_webhook_secret(cfg);
+    if cfg.ingress.api_key.is_empty() {
+        cfg.ingress.api_key = crate::config::Secret::new("sandbox");
+        tracing::info!("sandbox: the /v1 API key is `sandbox` (set REBOUND_API_KEY to choose one)");
+    }
+    tracing::info!(emulator = %cfg.sandbox.listen, "sandbox: sending through the Resend emulator; no account needed");
+    Ok(listener)
+}
+
+async fn suppression(ctx: &Context, cmd: SuppressionCommand) -> anyhow::Result<ExitCode> {
+    let email = EmailService::new(ctx.clone())?;
+    match cmd {
+        SuppressionCommand::List => {
+            let all = email.suppressions().await?;
+            if all.is_empty() {
+                println!("no suppressed recipients");
+            }
+            for (addr, s) in all {
+                let detail = if s.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.detail)
+                };
+                println!("{addr}\t{}{detail}\t{}", s.reason, s.at);
+            }
+        }
+        SuppressionCommand::Add {
+            email: addr,
+            reason,
+        } => {
+            anyhow::ensure!(
+                email::valid_address(&addr),
+                "`{addr}` is not an email address"
+            );
+            if email.suppress(&addr, &reason, "", None).await? {
+                println!("suppressed {}", email::bare_address(&addr));
+            } else {
+                println!("{} was already suppressed", email::bare_address(&addr));
+            }
+        }
+        SuppressionCommand::Remove { email: addr } => {
+            if email.unsuppress(&addr).await? {
+                println!("{} may be mailed again", email::bare_address(&addr));
+            } else {
+                eprintln!("{} was not suppressed", email::bare_address(&addr));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn not_available(what: &str, issue: &str) -> anyhow::Result<ExitCode> {

@@ -16,7 +16,9 @@
 //! - [`worker`]: consumer-group worker, acknowledgement batching, reclaim, drain.
 //! - [`scheduler`]: moves due jobs from the retry set back to their streams.
 //! - [`metrics`]: every metric family, the gauge sampler.
+//! - [`email`]: send API, delivery records, bounce re-sends, suppression, Resend client.
 //! - [`http`]: serves warp filters on our own listeners, with graceful drain.
+//! - [`sandbox`]: the Resend emulator (`rebound sandbox`, `up --sandbox`).
 //! - [`shutdown`]: SIGINT / SIGTERM into a cancellation token.
 //! - [`redis_server`]: a local `redis-server` child for `rebound up`.
 //! - [`bench`]: `rebound bench` load generators.
@@ -27,12 +29,14 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod email;
 pub mod http;
 pub mod ingress;
 pub mod keys;
 pub mod metrics;
 pub mod queue;
 pub mod redis_server;
+pub mod sandbox;
 pub mod scheduler;
 pub mod shutdown;
 pub mod worker;

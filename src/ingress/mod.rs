@@ -8,6 +8,7 @@
 //! is 503, so Svix keeps the event and retries it later: nothing accepted is
 //! ever lost, and nothing is accepted that is not stored.
 
+pub mod emails;
 pub mod signature;
 
 use std::collections::HashMap;
@@ -51,8 +52,8 @@ pub enum IngressError {
     /// Verified, but not an event we can read.
     #[error("{0}")]
     Malformed(String),
-    /// Body over `ingress.body_limit`.
-    #[error("body larger than {0} bytes")]
+    /// Body over `ingress.body_limit` (0 when the limit is not known here).
+    #[error("body larger than the limit ({0} bytes)")]
     TooLarge(u64),
     /// Redis did not take the write; the sender should retry.
     #[error("storage unavailable, retry later")]
@@ -183,6 +184,12 @@ pub async fn recover(r: Rejection) -> Result<Response, Infallible> {
     if let Some(e) = r.find::<warp::filters::body::BodyDeserializeError>() {
         return Ok(IngressError::BadRequest(format!("invalid JSON body: {e}")).into_response());
     }
+    if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        return Ok(IngressError::TooLarge(0).into_response());
+    }
+    if r.find::<warp::reject::LengthRequired>().is_some() {
+        return Ok(IngressError::BadRequest("Content-Length required".into()).into_response());
+    }
     if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
         return Ok(IngressError::BadRequest(format!("invalid query string: {e}")).into_response());
     }
@@ -243,6 +250,9 @@ pub enum StartError {
     /// A secret does not decode.
     #[error("ingress: {0}")]
     Secret(#[from] SignatureError),
+    /// The email service cannot start.
+    #[error("email API: {0}")]
+    Email(String),
 }
 
 impl Ingress {
