@@ -3,6 +3,8 @@
 //! A failed `unwrap` here is a failed test, which is what it should be.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
+mod email;
 mod ingress;
 mod queue;
 mod utils;

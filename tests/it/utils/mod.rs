@@ -418,3 +418,235 @@ pub fn stream_jobs(r: &RedisServer, key: &str) -> Vec<rebound::queue::Job> {
         .map(|(_, f)| serde_json::from_str(&f["job"]).expect("envelope"))
         .collect()
 }
+
+/// The whole loop on free ports: the Resend emulator, the ingress and API,
+/// and a worker with the real handlers, sharing one prefix.
+pub struct Stack {
+    pub api: String,
+    pub sandbox: String,
+    pub ctx: Context,
+    pub token: CancellationToken,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    pub async fn start(r: &RedisServer, tweak: impl FnOnce(&mut Config)) -> Self {
+        let ingress_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sandbox_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", ingress_l.local_addr().unwrap());
+        let sandbox = format!("http://{}", sandbox_l.local_addr().unwrap());
+        let mut cfg = test_config(&r.url());
+        cfg.ingress.webhook_secrets = vec![rebound::config::Secret::new(SECRET_A)];
+        cfg.ingress.api_key = rebound::config::Secret::new(API_KEY);
+        cfg.resend.api_url = sandbox.clone();
+        cfg.resend.api_key = rebound::config::Secret::new("re_test");
+        cfg.resend.from = "Acme <onboarding@resend.dev>".into();
+        cfg.resend.rate_limit = 1000;
+        cfg.retry.bounce_delays = vec![
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+            Duration::from_millis(300),
+        ];
+        cfg.sandbox.event_delay = Duration::from_millis(10);
+        tweak(&mut cfg);
+        let token = CancellationToken::new();
+        let opts = rebound::sandbox::SandboxOptions {
+            webhook_url: format!("{api}/webhooks/resend"),
+            webhook_secret: SECRET_A.into(),
+            latency: Duration::ZERO,
+            event_delay: cfg.sandbox.event_delay,
+            error_rate: 0.0,
+            forced_429: 0,
+        };
+        tokio::spawn(rebound::sandbox::run(opts, sandbox_l, token.clone()));
+        let ctx = Context::new(cfg).unwrap();
+        tokio::spawn(rebound::http::serve(
+            rebound::app::serve_routes(&ctx).unwrap(),
+            ingress_l,
+            token.clone(),
+        ));
+        let handlers = rebound::app::handlers(&ctx).unwrap();
+        tokio::spawn(rebound::app::run_work(
+            ctx.clone(),
+            handlers,
+            None,
+            token.clone(),
+        ));
+        Self {
+            api,
+            sandbox,
+            ctx,
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn send(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}/v1/emails", self.api))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let st = resp.status().as_u16();
+        (st, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn email(&self, id: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/v1/emails/{id}", self.api))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn emails(&self, query: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/v1/emails?{query}", self.api))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// What the emulator received, oldest first.
+    pub async fn received(&self) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = self
+            .http
+            .get(format!("{}/sandbox/emails", self.sandbox))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn suppressed(&self, r: &RedisServer, addr: &str) -> Option<serde_json::Value> {
+        use redis::Commands as _;
+        let v: Option<String> = r
+            .conn()
+            .hget(self.ctx.queue.keys().suppressed(), addr)
+            .unwrap();
+        v.map(|s| serde_json::from_str(&s).unwrap())
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// What a scripted fake Resend does with one request.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    Ok,
+    Error {
+        status: u16,
+        name: &'static str,
+        retry_after: Option<&'static str>,
+    },
+    Slow(Duration),
+}
+
+/// One request the fake Resend received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub to: String,
+    pub at: std::time::SystemTime,
+    pub idempotency_key: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A stand-in for Resend's API: per recipient, a script of answers (then Ok).
+#[derive(Clone, Default)]
+pub struct FakeResend {
+    pub scripts: Arc<
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Answer>>>,
+    >,
+    pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl FakeResend {
+    pub async fn start(&self) -> (String, CancellationToken) {
+        use warp::Filter as _;
+        let me = self.clone();
+        let route = warp::path!("emails")
+            .and(warp::post())
+            .and(warp::header::headers_cloned())
+            .and(warp::body::json())
+            .then(move |h: warp::http::HeaderMap, body: serde_json::Value| {
+                let me = me.clone();
+                async move {
+                    let to = body["to"][0].as_str().unwrap_or("").to_string();
+                    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+                    me.seen.lock().unwrap().push(Seen {
+                        to: to.clone(),
+                        at: std::time::SystemTime::now(),
+                        idempotency_key: get("idempotency-key"),
+                        user_agent: get("user-agent"),
+                    });
+                    let answer = me.scripts.lock().unwrap().get_mut(&to).and_then(|q| q.pop_front()).unwrap_or(Answer::Ok);
+                    use warp::Reply as _;
+                    match answer {
+                        Answer::Ok => warp::reply::json(&serde_json::json!({"id": uuid::Uuid::new_v4().to_string()})).into_response(),
+                        Answer::Slow(d) => {
+                            tokio::time::sleep(d).await;
+                            warp::reply::json(&serde_json::json!({"id": uuid::Uuid::new_v4().to_string()})).into_response()
+                        }
+                        Answer::Error { status, name, retry_after } => {
+                            let body = serde_json::json!({"statusCode": status, "name": name, "message": format!("scripted {name}")});
+                            let mut resp = warp::reply::with_status(
+                                warp::reply::json(&body),
+                                warp::http::StatusCode::from_u16(status).unwrap(),
+                            )
+                            .into_response();
+                            if let Some(ra) = retry_after {
+                                resp.headers_mut().insert("retry-after", ra.parse().unwrap());
+                            }
+                            resp
+                        }
+                    }
+                }
+            })
+            .boxed();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let token = CancellationToken::new();
+        tokio::spawn(rebound::http::serve(route, listener, token.clone()));
+        (url, token)
+    }
+
+    pub fn script(&self, to: &str, answers: Vec<Answer>) {
+        self.scripts
+            .lock()
+            .unwrap()
+            .insert(to.to_string(), answers.into());
+    }
+
+    pub fn seen_for(&self, to: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.to == to)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Parses an RFC 3339 time from a record.
+pub fn at(v: &serde_json::Value) -> std::time::SystemTime {
+    humantime::parse_rfc3339_weak(v.as_str().unwrap_or("")).unwrap()
+}
