@@ -164,6 +164,12 @@ pub enum ResendError {
     /// A 2xx whose body we cannot read.
     #[error("unexpected answer from Resend: {0}")]
     Protocol(String),
+    /// The shared rate limit is used up for this second; not a failure.
+    #[error("shared rate limit reached; next slot in {after:?}")]
+    Throttled {
+        /// Until the next second starts (plus a little spread).
+        after: Duration,
+    },
     /// The shared rate limiter could not reach Redis.
     #[error("rate limiter: {0}")]
     Limiter(#[from] QueueError),
@@ -193,6 +199,8 @@ impl ResendError {
                 reason: "protocol".into(),
                 message,
             },
+            // Waiting for our own limit is not an attempt: hand the slot back.
+            ResendError::Throttled { after } => JobError::Defer { after },
             ResendError::Concurrent
             | ResendError::Server { .. }
             | ResendError::Timeout
@@ -237,28 +245,32 @@ impl ResendClient {
         })
     }
 
-    /// Waits for a slot of the shared per-second limit.
+    /// Takes a slot of the shared per-second limit, or says how long until
+    /// the next second. A job does not wait here: it is deferred, so waiting
+    /// for the limit neither holds a worker slot nor eats the job's timeout.
     async fn acquire(&self) -> Result<(), ResendError> {
-        loop {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            let second = now.as_secs();
-            let key = self.queue.keys().rate_limit(second);
-            let mut c = self.queue.redis().conn().await?;
-            let ok: i64 = self
-                .limiter
-                .key(key)
-                .arg(self.rate_limit)
-                .invoke_async(&mut c)
-                .await
-                .map_err(QueueError::from)?;
-            if ok == 1 {
-                return Ok(());
-            }
-            let into = now.subsec_millis() as u64;
-            tokio::time::sleep(Duration::from_millis(1000 - into.min(999) + 2)).await;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let key = self.queue.keys().rate_limit(now.as_secs());
+        let mut c = self.queue.redis().conn().await?;
+        let ok: i64 = self
+            .limiter
+            .key(key)
+            .arg(self.rate_limit)
+            .invoke_async(&mut c)
+            .await
+            .map_err(QueueError::from)?;
+        if ok == 1 {
+            return Ok(());
         }
+        // Spread the retries over the first part of the next second so they
+        // do not all come back at its first millisecond.
+        let rest = 1000 - u64::from(now.subsec_millis()).min(999);
+        let spread = rand::Rng::random_range(&mut rand::rng(), 0..200);
+        Err(ResendError::Throttled {
+            after: Duration::from_millis(rest + spread),
+        })
     }
 
     /// `POST /emails`; returns Resend's email id.

@@ -47,6 +47,13 @@ pub enum JobError {
         /// Raises or lowers the job's attempt budget (TLS errors get more).
         max_attempts: Option<u32>,
     },
+    /// Not now, and not a failure: run it again after `after` without using
+    /// up an attempt (a subscriber at its concurrency limit).
+    #[error("deferred for {after:?}")]
+    Defer {
+        /// How long to wait.
+        after: Duration,
+    },
     /// Will never succeed (a 4xx, invalid payload): dead-letter at once.
     #[error("{message}")]
     Permanent {
@@ -562,6 +569,15 @@ impl Shared {
     ) {
         let kind = job.kind.clone();
         match error {
+            JobError::Defer { after } => {
+                let due = now_ms() + after.as_millis() as i64;
+                self.hand_over(hard, || self.queue.retry(&entry.id, &job, due))
+                    .await;
+                self.metrics
+                    .jobs_processed
+                    .with_label_values(&[queue, &kind, "deferred"])
+                    .inc();
+            }
             JobError::Permanent { reason, message } => {
                 tracing::warn!(job = %job.id, kind, attempt = job.attempt, %reason, error = %message, "permanent failure; dead-lettering");
                 job.last_error = Some(message.clone());

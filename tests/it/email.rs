@@ -447,4 +447,14 @@ async fn two_workers_together_stay_under_the_shared_rate_limit() {
         "spread over at least four seconds: {per_second:?}"
     );
     assert!(took > Duration::from_secs(2), "{took:?}");
+    assert_eq!(fake.seen.lock().unwrap().len(), 20, "each email sent once");
+    assert!(
+        s.ctx
+            .queue
+            .dead_letters(None, 10, None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "waiting for the shared limit never uses up a job's attempts"
+    );
 }
