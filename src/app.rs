@@ -14,9 +14,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::Filter as _;
 
-use crate::cli::{Cli, Command, DlqCommand, SuppressionCommand};
+use crate::cli::{Cli, Command, DlqCommand, SubscriptionsCommand, SuppressionCommand};
 use crate::config::Config;
 use crate::email::{self, EmailService};
+use crate::forward::{self, FanOut, ForwardService};
 use crate::ingress::{self, Ingress};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
@@ -95,21 +96,33 @@ pub async fn bind(addr: &str, setting: &str) -> anyhow::Result<TcpListener> {
 /// The Resend client cannot be built.
 pub fn handlers(ctx: &Context) -> anyhow::Result<Handlers> {
     let email = Arc::new(EmailService::new(ctx.clone())?);
+    let fwd = Arc::new(ForwardService::new(ctx.clone())?);
     let mut h = Handlers::new();
     h.register(email::SEND, Arc::new(email::SendHandler(email.clone())));
-    h.register(ingress::RESEND_EVENT, Arc::new(email::EventHandler(email)));
-    // Events from other senders are only forwarded; forwarding (#6) registers
-    // its fan-out here. Until then they are acknowledged once stored.
-    h.register(ingress::SOURCE_EVENT, Arc::new(Accept));
+    h.register(
+        ingress::RESEND_EVENT,
+        Arc::new(FanOut {
+            forward: fwd.clone(),
+            inner: email::EventHandler(email),
+        }),
+    );
+    // Events from other senders are for forwarding only.
+    h.register(
+        ingress::SOURCE_EVENT,
+        Arc::new(FanOut {
+            forward: fwd.clone(),
+            inner: Nothing,
+        }),
+    );
+    h.register(forward::DELIVER, Arc::new(forward::DeliverHandler(fwd)));
     Ok(h)
 }
 
-/// Acknowledges a job: the event is durably recorded in the stream history
-/// and counted at the ingress, and nothing else consumes it yet.
+/// Nothing more to do once an event has been fanned out.
 #[derive(Debug)]
-struct Accept;
+struct Nothing;
 
-impl crate::worker::Handler for Accept {
+impl crate::worker::Handler for Nothing {
     fn handle<'a>(
         &'a self,
         _job: &'a crate::queue::Job,
@@ -118,8 +131,9 @@ impl crate::worker::Handler for Accept {
     }
 }
 
-/// The worker role: consumer-group worker, scheduler, gauge sampler and a
-/// `/metrics` endpoint on `metrics`, until `shutdown`.
+/// The worker role: consumer-group worker, scheduler, automatic resume of
+/// suspended subscriptions and a `/metrics` endpoint on `metrics`, until
+/// `shutdown`. The gauge sampler is started once per process by the caller.
 pub async fn run_work(
     ctx: Context,
     handlers: Handlers,
@@ -135,17 +149,24 @@ pub async fn run_work(
         ctx.cfg.worker.poll_interval,
         shutdown.clone(),
     ));
-    let sampler = tokio::spawn(crate::metrics::sampler(
-        ctx.queue.clone(),
-        queues.clone(),
-        ctx.metrics.clone(),
-        Duration::from_secs(5),
-        shutdown.clone(),
-    ));
     let server = metrics.map(|l| tokio::spawn(serve_metrics(ctx.clone(), l, shutdown.clone())));
+    let resumer = match ForwardService::new(ctx.clone()) {
+        Ok(f) => {
+            if let Err(e) = f.sync_config().await {
+                tracing::warn!(error = %e, "cannot write configured subscriptions to redis yet; they are written at the next start");
+            }
+            Some(tokio::spawn(f.auto_resume(shutdown.clone())))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "forwarding disabled: cannot build its HTTP client");
+            None
+        }
+    };
     worker.run(&queues, shutdown.clone()).await;
     let _ = sched.await;
-    let _ = sampler.await;
+    if let Some(r) = resumer {
+        let _ = r.await;
+    }
     if let Some(s) = server {
         let _ = s.await;
     }
@@ -170,12 +191,18 @@ pub fn serve_routes(
 ) -> Result<warp::filters::BoxedFilter<(warp::reply::Response,)>, ingress::StartError> {
     let ingress = Ingress::new(ctx.clone())?;
     let email = Arc::new(
-        EmailService::new(ctx.clone()).map_err(|e| ingress::StartError::Email(e.to_string()))?,
+        EmailService::new(ctx.clone()).map_err(|e| ingress::StartError::Service(e.to_string()))?,
+    );
+    let fwd = Arc::new(
+        ForwardService::new(ctx.clone())
+            .map_err(|e| ingress::StartError::Service(e.to_string()))?,
     );
     Ok(ingress::webhook_routes(ingress)
         .or(ingress::dead_letter_routes(ctx.clone()))
         .unify()
         .or(ingress::emails::routes(ctx.clone(), email))
+        .unify()
+        .or(ingress::subscriptions::routes(ctx.clone(), fwd))
         .unify()
         .or(ops_routes(ctx.clone()).map(warp::Reply::into_response))
         .unify()
@@ -351,8 +378,39 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let ctx = Context::connect(cfg).await?;
             suppression(&ctx, cmd).await
         }
-        Command::Subscriptions(_) => {
-            not_available("rebound subscriptions", "issue #6 (forwarding)")
+        Command::Subscriptions(cmd) => {
+            let ctx = Context::connect(cfg).await?;
+            let fwd = ForwardService::new(ctx.clone())?;
+            fwd.sync_config().await?;
+            match cmd {
+                SubscriptionsCommand::List => {
+                    let all = fwd.list().await?;
+                    if all.is_empty() {
+                        println!("no subscriptions");
+                    } else {
+                        println!(
+                            "{:<20} {:<10} {:>8} {:>7}  {:<40} LAST ERROR",
+                            "NAME", "STATE", "FAILURES", "PARKED", "URL"
+                        );
+                        for s in all {
+                            let err = if s.last_error.is_empty() {
+                                String::new()
+                            } else {
+                                format!("{} ({})", s.last_error, s.last_error_at)
+                            };
+                            println!(
+                                "{:<20} {:<10} {:>8} {:>7}  {:<40} {}",
+                                s.name, s.state, s.failures, s.parked, s.url, err
+                            );
+                        }
+                    }
+                }
+                SubscriptionsCommand::Resume { name } => {
+                    let released = fwd.resume(&name).await?;
+                    println!("{name} is active; {released} parked deliveries released");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Sandbox => {
             let generated = ensure_webhook_secret(&mut cfg);
@@ -449,11 +507,6 @@ async fn suppression(ctx: &Context, cmd: SuppressionCommand) -> anyhow::Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn not_available(what: &str, issue: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("{what}: not available yet (arrives with {issue})");
-    Ok(ExitCode::from(2))
 }
 
 /// Settings that are valid but likely to hurt, said once at startup.

@@ -17,6 +17,7 @@
 //! - [`scheduler`]: moves due jobs from the retry set back to their streams.
 //! - [`metrics`]: every metric family, the gauge sampler.
 //! - [`email`]: send API, delivery records, bounce re-sends, suppression, Resend client.
+//! - [`forward`]: forwarding to subscribers: signed, retried, suspended, auto-resumed.
 //! - [`http`]: serves warp filters on our own listeners, with graceful drain.
 //! - [`sandbox`]: the Resend emulator (`rebound sandbox`, `up --sandbox`).
 //! - [`shutdown`]: SIGINT / SIGTERM into a cancellation token.
@@ -30,6 +31,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod email;
+pub mod forward;
 pub mod http;
 pub mod ingress;
 pub mod keys;

@@ -10,6 +10,7 @@
 
 pub mod emails;
 pub mod signature;
+pub mod subscriptions;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -73,6 +74,9 @@ pub enum IngressError {
     /// A request that does not parse.
     #[error("{0}")]
     BadRequest(String),
+    /// The resource exists already.
+    #[error("{0}")]
+    Conflict(String),
     /// Something that is our fault.
     #[error("internal error")]
     Internal,
@@ -93,6 +97,7 @@ impl IngressError {
             NotFound(_) => StatusCode::NOT_FOUND,
             TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Conflict(_) => StatusCode::CONFLICT,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -114,6 +119,7 @@ impl IngressError {
             NotFound(_) => "not_found",
             Invalid(_) => "validation_error",
             BadRequest(_) => "bad_request",
+            Conflict(_) => "conflict",
             Internal => "internal_error",
         }
     }
@@ -250,9 +256,9 @@ pub enum StartError {
     /// A secret does not decode.
     #[error("ingress: {0}")]
     Secret(#[from] SignatureError),
-    /// The email service cannot start.
-    #[error("email API: {0}")]
-    Email(String),
+    /// The email or forwarding service behind the API cannot start.
+    #[error("cannot start the API: {0}")]
+    Service(String),
 }
 
 impl Ingress {

@@ -80,11 +80,44 @@ fn unreachable_redis_is_a_one_line_error() {
 }
 
 #[test]
-fn commands_of_issues_not_landed_say_so_with_exit_2() {
+fn subscriptions_from_config_are_listed_and_an_unknown_one_cannot_be_resumed() {
     let r = shared_redis();
-    let (code, _, err) = rebound(&["subscriptions", "list"], &[("REDIS_URL", &r.url())]);
-    assert_eq!(code, 2);
-    assert!(err.contains("not available yet"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("subs.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "prefix = \"{}\"\n[[forward.subscriptions]]\nname = \"helpdesk\"\nurl = \"https://helpdesk.test/hooks\"\nevents = [\"email.bounced\"]\nsecret = \"{SECRET_B}\"\n",
+            prefix()
+        ),
+    )
+    .unwrap();
+    let env = [("REDIS_URL", r.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, out, err) = rebound(
+        &["--config", path.to_str().unwrap(), "subscriptions", "list"],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("helpdesk")
+            && out.contains("active")
+            && out.contains("https://helpdesk.test/hooks"),
+        "{out}"
+    );
+    assert!(!out.contains(SECRET_B), "secrets are not listed");
+    let (code, _, err) = rebound(
+        &[
+            "--config",
+            path.to_str().unwrap(),
+            "subscriptions",
+            "resume",
+            "nope",
+        ],
+        &env,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("`nope` not found"), "{err}");
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 
 mod cli;
 mod email;
+mod forward;
 mod ingress;
 mod queue;
 mod utils;

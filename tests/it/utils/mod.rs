@@ -650,3 +650,96 @@ impl FakeResend {
 pub fn at(v: &serde_json::Value) -> std::time::SystemTime {
     humantime::parse_rfc3339_weak(v.as_str().unwrap_or("")).unwrap()
 }
+
+/// One request a test receiver got.
+#[derive(Clone, Debug)]
+pub struct Got {
+    pub id: String,
+    pub event_type: String,
+    pub verified: bool,
+    pub status: u16,
+    pub at: Instant,
+}
+
+/// A webhook receiver on loopback that verifies signatures the Svix way and
+/// answers with `status` (changeable), after `delay`.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    pub got: Arc<std::sync::Mutex<Vec<Got>>>,
+    pub status: Arc<std::sync::atomic::AtomicU16>,
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    pub token: CancellationToken,
+}
+
+impl Receiver {
+    pub async fn start(secret: &str) -> Self {
+        use warp::Filter as _;
+        let verifier = rebound::ingress::signature::Verifier::new(
+            &[rebound::config::Secret::new(secret)],
+            rebound::ingress::signature::DEFAULT_TOLERANCE,
+        )
+        .unwrap();
+        let got: Arc<std::sync::Mutex<Vec<Got>>> = Arc::default();
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (g, st, d) = (got.clone(), status.clone(), delay_ms.clone());
+        let route = warp::any()
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .then(move |h: warp::http::HeaderMap, body: bytes::Bytes| {
+                let (g, st, d, verifier) = (g.clone(), st.clone(), d.clone(), verifier.clone());
+                async move {
+                    let delay = d.load(std::sync::atomic::Ordering::SeqCst);
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
+                    let headers = rebound::ingress::signature::WebhookHeaders::from_map(&h);
+                    let verified = verifier
+                        .verify(headers, &body, rebound::ingress::signature::now_secs())
+                        .is_ok();
+                    let event: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or_default();
+                    let code = st.load(std::sync::atomic::Ordering::SeqCst);
+                    g.lock().unwrap().push(Got {
+                        id: headers.id.unwrap_or("").to_string(),
+                        event_type: event["type"].as_str().unwrap_or("").to_string(),
+                        verified,
+                        status: code,
+                        at: Instant::now(),
+                    });
+                    use warp::Reply as _;
+                    warp::reply::with_status("", warp::http::StatusCode::from_u16(code).unwrap())
+                        .into_response()
+                }
+            })
+            .boxed();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let token = CancellationToken::new();
+        tokio::spawn(rebound::http::serve(route, listener, token.clone()));
+        Self {
+            url,
+            got,
+            status,
+            delay_ms,
+            token,
+        }
+    }
+
+    pub fn set_status(&self, s: u16) {
+        self.status.store(s, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn got(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Deliveries (not probes) answered 2xx.
+    pub fn delivered(&self) -> Vec<Got> {
+        self.got()
+            .into_iter()
+            .filter(|g| g.status < 300 && g.event_type != "rebound.probe")
+            .collect()
+    }
+}
