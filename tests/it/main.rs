@@ -7,5 +7,6 @@ mod cli;
 mod email;
 mod forward;
 mod ingress;
+mod observability;
 mod queue;
 mod utils;
