@@ -566,3 +566,48 @@ async fn jobs_cut_off_by_the_grace_period_stay_pending_for_reclaim() {
         "nor half-retried"
     );
 }
+
+#[tokio::test]
+async fn consumers_gone_with_nothing_pending_are_removed_from_the_group() {
+    let r = shared_redis();
+    let mut cfg = test_config(&r.url());
+    cfg.worker.consumer_ttl = Duration::from_millis(200);
+    let ctx = Context::connect(cfg).await.unwrap();
+    ctx.queue.ensure_group(EVENTS).await.unwrap();
+    let stream = ctx.queue.keys().stream(EVENTS);
+    // A worker that joined and went away: idle, nothing pending.
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&stream)
+        .arg("rebound")
+        .arg("departed-1")
+        .query(&mut r.conn())
+        .unwrap();
+    // One that went away holding an entry: kept until its entry is reclaimed.
+    ctx.queue.enqueue(&job(EVENTS)).await.unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("rebound")
+        .arg("departed-2")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut r.conn())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let removed = ctx
+        .queue
+        .prune_consumers(EVENTS, Duration::from_millis(200), "me")
+        .await
+        .unwrap();
+    assert_eq!(removed, vec!["departed-1".to_string()]);
+    let names: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(&stream)
+        .arg("rebound")
+        .query(&mut r.conn())
+        .unwrap();
+    assert_eq!(names.len(), 1, "the consumer with a pending entry stays");
+}
