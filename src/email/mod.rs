@@ -491,7 +491,6 @@ impl EmailService {
     pub async fn create(&self, req: NewEmail) -> Result<Created, EmailError> {
         let cfg = &self.ctx.cfg;
         let (to, from, tags) = req.validate(cfg)?;
-        let keys = self.ctx.queue.keys();
         let id = uuid::Uuid::now_v7().to_string();
         let suppressed = self.suppression(&to).await?;
         let status = if suppressed.is_some() {
@@ -535,33 +534,11 @@ impl EmailService {
             ),
             None => Self::history("queued", Value::Null),
         };
-        let idem = req.idempotency_key.clone().unwrap_or_default();
-        let mut inv = self
-            .scripts
-            .create
-            .key(keys.idempotency(&if idem.is_empty() {
-                id.clone()
-            } else {
-                idem.clone()
-            }));
-        inv.key(keys.email(&id))
-            .key(keys.email_events(&id))
-            .key(keys.email_index())
-            .key(keys.stream(EMAILS))
-            .arg(if idem.is_empty() { "0" } else { "1" })
-            .arg(&id)
-            .arg(now_ms())
-            .arg(envelope)
-            .arg(IDEMPOTENCY_TTL.as_secs())
-            .arg(first)
-            .arg(cfg.email.max_records)
-            .arg(keys.base());
-        for (k, v) in record.fields() {
-            inv.arg(k).arg(v);
-        }
-        let mut c = self.ctx.queue.redis().conn().await?;
-        let (new, rid): (i64, String) = inv.invoke_async(&mut c).await?;
-        if new == 1 {
+        let idem = req.idempotency_key.clone().filter(|k| !k.is_empty());
+        let (new, rid) = self
+            .insert_record(&record, idem.as_deref(), &envelope, first)
+            .await?;
+        if new {
             if suppressed.is_some() {
                 tracing::info!(email = %rid, "send request for a suppressed recipient recorded, not sent");
             }
@@ -577,6 +554,42 @@ impl EmailService {
             status: existing.status,
             new: false,
         })
+    }
+
+    /// Stores a new record (and queues `envelope` unless it is empty) in one
+    /// call. With `idempotency`, a key seen before returns the first record's
+    /// id and stores nothing: `(false, that id)`.
+    async fn insert_record(
+        &self,
+        record: &EmailRecord,
+        idempotency: Option<&str>,
+        envelope: &str,
+        first_history: String,
+    ) -> Result<(bool, String), EmailError> {
+        let keys = self.ctx.queue.keys();
+        let id = &record.id;
+        let mut inv = self
+            .scripts
+            .create
+            .key(keys.idempotency(idempotency.unwrap_or(id)));
+        inv.key(keys.email(id))
+            .key(keys.email_events(id))
+            .key(keys.email_index())
+            .key(keys.stream(EMAILS))
+            .arg(if idempotency.is_some() { "1" } else { "0" })
+            .arg(id)
+            .arg(now_ms())
+            .arg(envelope)
+            .arg(IDEMPOTENCY_TTL.as_secs())
+            .arg(first_history)
+            .arg(self.ctx.cfg.email.max_records)
+            .arg(keys.base());
+        for (k, v) in record.fields() {
+            inv.arg(k).arg(v);
+        }
+        let mut c = self.ctx.queue.redis().conn().await?;
+        let (new, rid): (i64, String) = inv.invoke_async(&mut c).await?;
+        Ok((new == 1, rid))
     }
 
     /// One delivery record.
@@ -974,29 +987,16 @@ impl EmailService {
             ..Default::default()
         };
         let keys = self.ctx.queue.keys();
-        let mut inv = self
-            .scripts
-            .create
-            .key(keys.idempotency(&format!("provider:{provider_id}")));
-        inv.key(keys.email(&id))
-            .key(keys.email_events(&id))
-            .key(keys.email_index())
-            .key(keys.stream(EMAILS))
-            .arg("1")
-            .arg(&id)
-            .arg(now_ms())
-            .arg("")
-            .arg(IDEMPOTENCY_TTL.as_secs())
-            .arg(Self::history("adopted", serde_json::json!({ "provider_id": provider_id, "note": "sent by the app directly; content fetched from Resend" })))
-            .arg(self.ctx.cfg.email.max_records)
-            .arg(keys.base());
-        for (k, v) in rec.fields() {
-            inv.arg(k).arg(v);
-        }
+        let adopted = Self::history(
+            "adopted",
+            serde_json::json!({ "provider_id": provider_id, "note": "sent by the app directly; content fetched from Resend" }),
+        );
+        let (new, rid) = self
+            .insert_record(&rec, Some(&format!("provider:{provider_id}")), "", adopted)
+            .await?;
         let mut c = self.ctx.queue.redis().conn().await?;
-        let (new, rid): (i64, String) = inv.invoke_async(&mut c).await?;
         let _: () = c.hset(keys.provider_map(), provider_id, &rid).await?;
-        if new == 1 {
+        if new {
             tracing::info!(email = %rid, provider_id, category = %rec.category, "adopted an email the app sent itself");
             Ok(rec)
         } else {
