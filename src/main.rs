@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use rebound::cli::{Cli, LogFormat};
 
+/// glibc's malloc was 17% of the ingress's CPU under load (perf); mimalloc's
+/// per-thread heaps cut that on the many small, short-lived allocations of
+/// HTTP requests and Redis replies.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

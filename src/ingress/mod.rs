@@ -28,7 +28,7 @@ use warp::{Filter, Rejection, Reply};
 use self::signature::{now_secs, verify_hex_hmac, SignatureError, Verifier, WebhookHeaders};
 use crate::app::Context;
 use crate::config::{SourceConfig, SourceVerify};
-use crate::queue::{Job, QueueError, EVENTS};
+use crate::queue::{QueueError, EVENTS};
 
 /// Job kind of a Resend event.
 pub const RESEND_EVENT: &str = "resend.event";
@@ -328,9 +328,8 @@ impl Ingress {
                 .unwrap_or_else(|| format!("sha256:{}", hex::encode(Sha256::digest(&body)))),
         };
         let event = parse_event(&body, true)?;
-        let kind = RESEND_EVENT;
         let dedupe = self.ctx.queue.keys().seen(&message_id);
-        self.enqueue("resend", kind, &message_id, &dedupe, event)
+        self.enqueue("resend", RESEND_EVENT, &message_id, &dedupe, &event)
             .await
     }
 
@@ -369,17 +368,21 @@ impl Ingress {
         let event = parse_event(&body, false)?;
         let dedupe_id = match message_id {
             Some(id) => id,
-            None if !source.cfg.dedupe_field.is_empty() => lookup(&event, &source.cfg.dedupe_field)
-                .ok_or_else(|| {
-                    IngressError::Malformed(format!(
-                        "dedupe field `{}` is missing or not a string/number",
-                        source.cfg.dedupe_field
-                    ))
-                })?,
+            None if !source.cfg.dedupe_field.is_empty() => {
+                serde_json::from_str::<serde_json::Value>(event.raw.get())
+                    .ok()
+                    .and_then(|v| lookup(&v, &source.cfg.dedupe_field))
+                    .ok_or_else(|| {
+                        IngressError::Malformed(format!(
+                            "dedupe field `{}` is missing or not a string/number",
+                            source.cfg.dedupe_field
+                        ))
+                    })?
+            }
             None => format!("sha256:{}", hex::encode(Sha256::digest(&body))),
         };
         let dedupe = self.ctx.queue.keys().seen(&format!("{name}:{dedupe_id}"));
-        self.enqueue(name, SOURCE_EVENT, &dedupe_id, &dedupe, event)
+        self.enqueue(name, SOURCE_EVENT, &dedupe_id, &dedupe, &event)
             .await
     }
 
@@ -389,59 +392,112 @@ impl Ingress {
         kind: &str,
         message_id: &str,
         dedupe: &str,
-        event: serde_json::Value,
+        event: &Event<'_>,
     ) -> Result<(Response, bool), IngressError> {
-        let event_type = event
-            .get("type")
-            .and_then(|t| t.as_str())
-            .unwrap_or("unknown")
-            .to_string();
-        let mut job = Job::new(
-            EVENTS,
+        let id = uuid::Uuid::now_v7().to_string();
+        // The envelope is encoded around the verified body as received: no
+        // JSON tree is built for it on the hot path. It reads back as a `Job`.
+        let envelope = serde_json::to_string(&EventEnvelope {
+            id: &id,
+            queue: EVENTS,
             kind,
-            self.ctx.cfg.retry.job_max_attempts,
-            serde_json::json!({ "message_id": message_id, "event": event }),
-        );
-        job.source = Some(source.to_string());
+            attempt: 1,
+            max_attempts: self.ctx.cfg.retry.job_max_attempts.max(1),
+            enqueued_at: crate::queue::now_ms(),
+            payload: EventPayload {
+                message_id,
+                event: event.raw,
+            },
+            last_error: None,
+            source,
+        })
+        .map_err(|_| IngressError::Internal)?;
         let new = self
             .ctx
             .queue
-            .ingest(dedupe, self.ctx.cfg.ingress.dedupe_ttl, &job)
+            .ingest_encoded(
+                dedupe,
+                self.ctx.cfg.ingress.dedupe_ttl,
+                EVENTS,
+                &id,
+                &envelope,
+            )
             .await?;
+        let event_type = event.event_type.as_deref().unwrap_or("unknown");
         if new {
             self.ctx
                 .metrics
                 .events
-                .with_label_values(&[&event_type])
+                .with_label_values(&[event_type])
                 .inc();
-            tracing::debug!(source, message_id, event_type, job = %job.id, "webhook accepted");
+            tracing::debug!(source, message_id, event_type, job = %id, "webhook accepted");
         } else {
             tracing::debug!(source, message_id, "duplicate webhook acknowledged");
         }
         let status = if new { "accepted" } else { "duplicate" };
         Ok((
-            warp::reply::json(&serde_json::json!({ "status": status, "message_id": message_id }))
-                .into_response(),
+            warp::reply::json(&Accepted { status, message_id }).into_response(),
             new,
         ))
     }
 }
 
-/// Parses a verified body: a JSON object, with a string `type` when `need_type`.
-fn parse_event(body: &[u8], need_type: bool) -> Result<serde_json::Value, IngressError> {
-    let v: serde_json::Value = serde_json::from_slice(body)
+/// A verified event body, checked to be a JSON object but not parsed into a tree.
+#[derive(Debug)]
+struct Event<'a> {
+    raw: &'a serde_json::value::RawValue,
+    event_type: Option<String>,
+}
+
+/// The job envelope of an ingested event; field for field a [`Job`].
+#[derive(serde::Serialize)]
+struct EventEnvelope<'a> {
+    id: &'a str,
+    queue: &'a str,
+    kind: &'a str,
+    attempt: u32,
+    max_attempts: u32,
+    enqueued_at: i64,
+    payload: EventPayload<'a>,
+    last_error: Option<&'a str>,
+    source: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct EventPayload<'a> {
+    message_id: &'a str,
+    event: &'a serde_json::value::RawValue,
+}
+
+#[derive(serde::Serialize)]
+struct Accepted<'a> {
+    status: &'a str,
+    message_id: &'a str,
+}
+
+/// Checks a verified body: a JSON object, with a string `type` when
+/// `need_type`. Only `type` is read; the rest is kept as raw text.
+fn parse_event(body: &[u8], need_type: bool) -> Result<Event<'_>, IngressError> {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(rename = "type", default)]
+        kind: Option<serde_json::Value>,
+    }
+    let raw: &serde_json::value::RawValue = serde_json::from_slice(body)
         .map_err(|e| IngressError::Malformed(format!("body is not JSON: {e}")))?;
-    if !v.is_object() {
+    if !raw.get().starts_with('{') {
         return Err(IngressError::Malformed("body must be a JSON object".into()));
     }
-    let has_type = v
-        .get("type")
-        .and_then(|t| t.as_str())
-        .is_some_and(|s| !s.is_empty());
-    if need_type && !has_type {
+    let head: Head = serde_json::from_str(raw.get())
+        .map_err(|e| IngressError::Malformed(format!("body is not a JSON object: {e}")))?;
+    let event_type = head
+        .kind
+        .and_then(|k| k.as_str().map(str::to_string))
+        .filter(|s| !s.is_empty());
+    if need_type && event_type.is_none() {
         return Err(IngressError::Malformed("event has no `type`".into()));
     }
-    Ok(v)
+    Ok(Event { raw, event_type })
 }
 
 /// A dotted path (`data.id`) into `v`, as text.
@@ -647,6 +703,47 @@ mod tests {
         assert!(parse_event(br#"[1,2]"#, false).is_err());
         assert!(parse_event(b"not json", false).is_err());
         assert!(parse_event(br#"{"id":"x"}"#, false).is_ok());
+        assert!(
+            parse_event(b" \n {\"type\":\"email.sent\"} \n", true).is_ok(),
+            "whitespace around the object"
+        );
+        assert!(
+            parse_event(br#"{"type":7}"#, true).is_err(),
+            "a type that is not a string"
+        );
+        assert!(parse_event(br#"{"type":"email.sent"} trailing"#, true).is_err());
+    }
+
+    #[test]
+    fn the_event_envelope_reads_back_as_a_job_with_the_body_verbatim() {
+        let body = br#"{"type":"email.bounced","data":{"email_id":"e1","to":["a@b.co"],"n":1.50}}"#;
+        let event = parse_event(body, true).unwrap();
+        assert_eq!(event.event_type.as_deref(), Some("email.bounced"));
+        let text = serde_json::to_string(&EventEnvelope {
+            id: "j1",
+            queue: EVENTS,
+            kind: RESEND_EVENT,
+            attempt: 1,
+            max_attempts: 5,
+            enqueued_at: 7,
+            payload: EventPayload {
+                message_id: "msg_1",
+                event: event.raw,
+            },
+            last_error: None,
+            source: "resend",
+        })
+        .unwrap();
+        assert!(
+            text.contains(r#""n":1.50"#),
+            "the body is embedded byte for byte: {text}"
+        );
+        let job: crate::queue::Job = serde_json::from_str(&text).unwrap();
+        assert_eq!(job.id, "j1");
+        assert_eq!(job.kind, RESEND_EVENT);
+        assert_eq!(job.source.as_deref(), Some("resend"));
+        assert_eq!(job.payload["message_id"], "msg_1");
+        assert_eq!(job.payload["event"]["data"]["email_id"], "e1");
     }
 
     #[test]

@@ -468,15 +468,32 @@ impl Queue {
         job: &Job,
     ) -> Result<bool, QueueError> {
         let body = serde_json::to_string(job)?;
+        self.ingest_encoded(dedupe_key, ttl, &job.queue, &job.id, &body)
+            .await
+    }
+
+    /// [`Queue::ingest`] for an envelope already encoded as JSON (the ingress
+    /// builds it around the raw event body, without parsing it into a tree).
+    ///
+    /// # Errors
+    /// Redis is unreachable.
+    pub async fn ingest_encoded(
+        &self,
+        dedupe_key: &str,
+        ttl: Duration,
+        queue: &str,
+        job_id: &str,
+        envelope: &str,
+    ) -> Result<bool, QueueError> {
         let mut c = self.conn().await?;
         let (new, _): (i64, String) = self
             .scripts
             .ingest
             .key(dedupe_key)
-            .key(self.keys.stream(&job.queue))
+            .key(self.keys.stream(queue))
             .arg(ttl.as_secs().max(1))
-            .arg(body)
-            .arg(&job.id)
+            .arg(envelope)
+            .arg(job_id)
             .invoke_async(&mut c)
             .await?;
         Ok(new == 1)
