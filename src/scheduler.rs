@@ -13,14 +13,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::queue::{now_ms, Backoff, Health, Queue};
+use crate::queue::{now_ms, Backoff, Queue};
 
 /// Jobs moved per script call.
 pub const BATCH: usize = 1000;
 
 /// Runs the scheduler until `shutdown`.
 pub async fn run(queue: Queue, metrics: Arc<Metrics>, poll: Duration, shutdown: CancellationToken) {
-    let health = Health::default();
+    let health = queue.health();
     let mut backoff = Backoff::new(Duration::from_secs(2));
     loop {
         let mut failed = false;

@@ -412,17 +412,22 @@ impl Ingress {
             source,
         })
         .map_err(|_| IngressError::Internal)?;
-        let new = self
-            .ctx
-            .queue
-            .ingest_encoded(
-                dedupe,
-                self.ctx.cfg.ingress.dedupe_ttl,
-                EVENTS,
-                &id,
-                &envelope,
-            )
-            .await?;
+        let queue = &self.ctx.queue;
+        let ttl = self.ctx.cfg.ingress.dedupe_ttl;
+        let new = match queue
+            .ingest_encoded(dedupe, ttl, EVENTS, &id, &envelope)
+            .await
+        {
+            Ok(new) => {
+                queue.health().ok();
+                new
+            }
+            Err(e) => {
+                // Logged once per outage (and once when it ends), not per request.
+                queue.health().failed("ingest webhook", &e);
+                return Err(e.into());
+            }
+        };
         let event_type = event.event_type.as_deref().unwrap_or("unknown");
         if new {
             self.ctx
@@ -515,11 +520,7 @@ fn lookup(v: &serde_json::Value, path: &str) -> Option<String> {
 
 /// Answers with the error's mapping, recording the outcome.
 fn refuse(ingress: &Ingress, route: &str, started: Instant, e: IngressError) -> Response {
-    if matches!(e, IngressError::Unavailable) {
-        tracing::warn!(route, "webhook refused with 503: redis unavailable");
-    } else {
-        tracing::debug!(route, error = %e, "webhook refused");
-    }
+    tracing::debug!(route, error = %e, "webhook refused");
     ingress.observe(route, started, e.code());
     e.into_response()
 }

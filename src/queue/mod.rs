@@ -220,7 +220,9 @@ impl RedisPools {
 }
 
 /// Tracks whether Redis is reachable, so an outage is logged once when it
-/// starts and once when it ends instead of once per failed call.
+/// starts and once when it ends instead of once per failed call. One per
+/// process (inside [`Queue`]), shared by the worker, the scheduler and the
+/// ingress.
 #[derive(Debug, Default)]
 pub struct Health {
     down: AtomicBool,
@@ -229,25 +231,30 @@ pub struct Health {
 
 impl Health {
     /// Records a failed call; logs only on the transition to "down".
-    pub fn failed(&self, what: &str, err: &QueueError) {
-        if err.is_unavailable() {
-            if !self.down.swap(true, Ordering::SeqCst) {
-                self.since_ms.store(now_ms() as u64, Ordering::SeqCst);
-                tracing::error!(error = %err, during = what, "redis unavailable; retrying with backoff");
-            }
-        } else {
+    /// Returns whether this call started an outage.
+    pub fn failed(&self, what: &str, err: &QueueError) -> bool {
+        if !err.is_unavailable() {
             tracing::warn!(error = %err, during = what, "redis command failed");
+            return false;
         }
+        if self.down.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.since_ms.store(now_ms() as u64, Ordering::SeqCst);
+        tracing::error!(error = %err, during = what, "redis unavailable; retrying with backoff");
+        true
     }
 
     /// Records a successful call; logs only on the transition back to "up".
-    pub fn ok(&self) {
-        if self.down.swap(false, Ordering::SeqCst) {
-            let secs = (now_ms() as u64).saturating_sub(self.since_ms.load(Ordering::SeqCst))
-                as f64
-                / 1000.0;
-            tracing::info!(outage_seconds = secs, "redis reachable again");
+    /// Returns how long the outage lasted when this call ended one.
+    pub fn ok(&self) -> Option<Duration> {
+        // A plain load first: the hot path only reads a shared cache line.
+        if !self.down.load(Ordering::Relaxed) || !self.down.swap(false, Ordering::SeqCst) {
+            return None;
         }
+        let ms = (now_ms() as u64).saturating_sub(self.since_ms.load(Ordering::SeqCst));
+        tracing::info!(outage_seconds = ms as f64 / 1000.0, "redis reachable again");
+        Some(Duration::from_millis(ms))
     }
 
     /// Whether the last call failed for lack of Redis.
@@ -371,6 +378,7 @@ pub struct Queue {
     keys: Keys,
     redis: RedisPools,
     scripts: Arc<Scripts>,
+    health: Arc<Health>,
 }
 
 impl Queue {
@@ -380,7 +388,13 @@ impl Queue {
             keys,
             redis,
             scripts: Arc::new(Scripts::new()),
+            health: Arc::default(),
         }
+    }
+
+    /// Whether Redis is reachable, as this process last saw it.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// The key names in use.
@@ -1036,6 +1050,35 @@ mod tests {
         let back: Job = serde_json::from_str(&text).expect("decode");
         assert_eq!(back, job);
         assert_eq!(back.attempt, 1);
+    }
+
+    #[test]
+    fn an_outage_is_reported_once_when_it_starts_and_once_when_it_ends() {
+        let h = Health::default();
+        let down = || {
+            QueueError::Redis(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "refused",
+            )))
+        };
+        assert!(h.ok().is_none(), "no outage to end");
+        assert!(
+            h.failed("read", &down()),
+            "the first failure starts the outage"
+        );
+        assert!(
+            !h.failed("read", &down()),
+            "later failures are the same outage"
+        );
+        assert!(!h.failed("ack", &down()));
+        assert!(h.is_down());
+        assert!(h.ok().is_some(), "the first success ends it");
+        assert!(h.ok().is_none());
+        assert!(
+            !h.failed("script", &QueueError::Protocol("bad reply".into())),
+            "an error reply is not an outage"
+        );
+        assert!(!h.is_down());
     }
 
     #[test]

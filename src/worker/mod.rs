@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::queue::{now_ms, Backoff, Entry, Health, Job, Queue, QueueError};
+use crate::queue::{now_ms, Backoff, Entry, Job, Queue, QueueError};
 
 /// Why a handler run failed; decides between retry and dead letter.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -216,7 +216,6 @@ struct Shared {
     handlers: Handlers,
     opts: WorkerOptions,
     metrics: Arc<Metrics>,
-    health: Health,
 }
 
 impl Worker {
@@ -233,7 +232,6 @@ impl Worker {
                 handlers,
                 opts,
                 metrics,
-                health: Health::default(),
             }),
         }
     }
@@ -272,11 +270,11 @@ impl Shared {
         loop {
             match self.queue.ensure_group(&queue).await {
                 Ok(()) => {
-                    self.health.ok();
+                    self.queue.health().ok();
                     break;
                 }
                 Err(e) => {
-                    self.health.failed("create group", &e);
+                    self.queue.health().failed("create group", &e);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = shutdown.cancelled() => return,
@@ -376,7 +374,9 @@ impl Shared {
                         tracing::info!(queue, consumers = ?gone, "removed departed consumers")
                     }
                     Ok(_) => {}
-                    Err(e) => self.health.failed("prune consumers", &e),
+                    Err(e) => {
+                        self.queue.health().failed("prune consumers", &e);
+                    }
                 }
             }
             if last_reclaim.is_none_or(|t| t.elapsed() >= self.opts.reclaim_interval) {
@@ -394,7 +394,7 @@ impl Shared {
                     .await;
                 match r {
                     Ok(r) => {
-                        self.health.ok();
+                        self.queue.health().ok();
                         cursor = r.cursor;
                         for kind in &r.poisoned {
                             tracing::warn!(
@@ -421,7 +421,9 @@ impl Shared {
                             self.spawn_process(&tracker, &queue, entry, permit, &ack_tx, &hard);
                         }
                     }
-                    Err(e) => self.health.failed("reclaim", &e),
+                    Err(e) => {
+                        self.queue.health().failed("reclaim", &e);
+                    }
                 }
                 if permits.num_permits() == 0 {
                     continue;
@@ -434,7 +436,7 @@ impl Shared {
                 .await
             {
                 Ok(entries) => {
-                    self.health.ok();
+                    self.queue.health().ok();
                     backoff.reset();
                     for entry in entries {
                         let Some(permit) = permits.split(1) else {
@@ -444,7 +446,7 @@ impl Shared {
                     }
                 }
                 Err(e) => {
-                    self.health.failed("read", &e);
+                    self.queue.health().failed("read", &e);
                     drop(permits);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -670,11 +672,11 @@ impl Shared {
         loop {
             match op().await {
                 Ok(_) => {
-                    self.health.ok();
+                    self.queue.health().ok();
                     return;
                 }
                 Err(e) => {
-                    self.health.failed("hand over failed job", &e);
+                    self.queue.health().failed("hand over failed job", &e);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = hard.cancelled() => return,
