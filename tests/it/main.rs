@@ -9,4 +9,5 @@ mod forward;
 mod ingress;
 mod observability;
 mod queue;
+mod sandbox;
 mod utils;
