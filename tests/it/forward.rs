@@ -33,16 +33,7 @@ async fn post_event(s: &Stack, id: &str, event_type: &str) {
 }
 
 async fn subscription(s: &Stack, name: &str) -> serde_json::Value {
-    let v: serde_json::Value = s
-        .http
-        .get(format!("{}/v1/subscriptions", s.api))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = s.get_json("/v1/subscriptions").await;
     v["data"]
         .as_array()
         .unwrap()

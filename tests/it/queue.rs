@@ -483,20 +483,7 @@ async fn graceful_shutdown_finishes_in_flight_jobs_and_leaves_the_rest_pending()
     let r = shared_redis();
     let ctx = Context::connect(test_config(&r.url())).await.unwrap(); // concurrency 16, grace 2s
     let calls = Arc::new(Calls::default());
-    let c2 = calls.clone();
-    let mut h = rebound::worker::Handlers::new();
-    h.register(
-        KIND,
-        Arc::new(FnHandler(move |j: Job| {
-            let c = c2.clone();
-            Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                c.record(&j.id, j.attempt);
-                Ok(())
-            }) as futures::future::BoxFuture<'static, _>
-        })),
-    );
-    let w = RunningWorker::start(&ctx, h);
+    let w = RunningWorker::start(&ctx, sleeping(KIND, calls.clone(), 300));
     for _ in 0..100 {
         ctx.queue.enqueue(&job(EVENTS)).await.unwrap();
     }
@@ -529,20 +516,7 @@ async fn jobs_cut_off_by_the_grace_period_stay_pending_for_reclaim() {
     cfg.worker.job_timeout = Duration::from_millis(900);
     let ctx = Context::connect(cfg).await.unwrap();
     let calls = Arc::new(Calls::default());
-    let c2 = calls.clone();
-    let mut h = rebound::worker::Handlers::new();
-    h.register(
-        KIND,
-        Arc::new(FnHandler(move |j: Job| {
-            let c = c2.clone();
-            Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(600)).await;
-                c.record(&j.id, j.attempt);
-                Ok(())
-            }) as futures::future::BoxFuture<'static, _>
-        })),
-    );
-    let w = RunningWorker::start(&ctx, h);
+    let w = RunningWorker::start(&ctx, sleeping(KIND, calls.clone(), 600));
     for _ in 0..4 {
         ctx.queue.enqueue(&job(EVENTS)).await.unwrap();
     }

@@ -294,6 +294,23 @@ where
     }
 }
 
+/// Handlers with one kind that takes `ms` and then records its call.
+pub fn sleeping(kind: &str, calls: SharedCalls, ms: u64) -> Handlers {
+    let mut h = Handlers::new();
+    h.register(
+        kind,
+        Arc::new(FnHandler(move |j: rebound::queue::Job| {
+            let c = calls.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                c.record(&j.id, j.attempt);
+                Ok(())
+            }) as futures::future::BoxFuture<'static, _>
+        })),
+    );
+    h
+}
+
 /// Handlers with one kind that records its calls and then behaves as `f` says.
 pub fn recording<F>(kind: &str, calls: SharedCalls, f: F) -> Handlers
 where
@@ -494,28 +511,24 @@ impl Stack {
         (st, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
-    pub async fn email(&self, id: &str) -> serde_json::Value {
-        self.http
-            .get(format!("{}/v1/emails/{id}", self.api))
+    /// GET an API path with the bearer token, as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.api))
             .bearer_auth(API_KEY)
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+            .unwrap();
+        resp.json().await.unwrap()
+    }
+
+    pub async fn email(&self, id: &str) -> serde_json::Value {
+        self.get_json(&format!("/v1/emails/{id}")).await
     }
 
     pub async fn emails(&self, query: &str) -> serde_json::Value {
-        self.http
-            .get(format!("{}/v1/emails?{query}", self.api))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get_json(&format!("/v1/emails?{query}")).await
     }
 
     /// What the emulator received, oldest first.
